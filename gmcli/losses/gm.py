@@ -79,7 +79,7 @@ class GMHead(nn.Module):
         covariance: str = "identity",
         learn_priors: bool = False,
         log_var_range: tuple[float, float] = (-4.0, 4.0),
-        init_std: float = 1.0,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         if covariance not in COVARIANCES:
@@ -101,7 +101,11 @@ class GMHead(nn.Module):
         self.learn_priors = learn_priors
         self.log_var_range = (float(lo), float(hi))
 
-        self.mu = nn.Parameter(torch.randn(num_classes, feat_dim) * init_std)
+        # The TPAMI code initialises the means like a linear layer's weights
+        # (Kaiming normal, ReLU gain): std sqrt(2 / D). Larger means make the
+        # first distances, and so the first gradients, large.
+        std = math.sqrt(2.0 / feat_dim) if init_std is None else init_std
+        self.mu = nn.Parameter(torch.randn(num_classes, feat_dim) * std)
         if covariance == "identity":
             self.register_parameter("log_var", None)
         else:
