@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gmcli.attacks.config import AttackConfig
+from gmcli.detectors.config import DetectConfig
 from gmcli.errors import GmcliError
 from gmcli.losses.gm import COVARIANCES, LKD_VARIANTS
 from gmcli.losses.schedules import SCHEDULES
@@ -130,6 +133,8 @@ class Recipe(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     loss: LossSection = Field(default_factory=LossSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    attack: AttackConfig | None = Field(None, description="defaults of gmcli attack (and a stage of gmcli run)")
+    detect: DetectConfig | None = Field(None, description="defaults of gmcli detect (and a stage of gmcli run)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -164,12 +169,14 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
 
 
 def _keys_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The keys a recipe accepts at a dotted path (sections may be optional)."""
     for part in path:
         field = model.model_fields.get(part)
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        candidates = [getattr(field, "annotation", None), *typing.get_args(getattr(field, "annotation", None))]
+        sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not sections:
             return []
-        model = ann
+        model = sections[0]
     return list(model.model_fields)
 
 
@@ -240,3 +247,77 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe as YAML text."""
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+def _range(field: Any) -> str:
+    """The bounds of a field as text, from its pydantic constraints."""
+    parts = []
+    for meta in field.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                parts.append(f"{sign} {value}")
+        pattern = getattr(meta, "pattern", None)
+        if pattern:
+            parts.append(f"matches `{pattern}`")
+    args = typing.get_args(field.annotation)
+    literals = [a for a in typing.get_args(field.annotation) if isinstance(a, str)]
+    if typing.get_origin(field.annotation) is Literal:
+        parts.append(" / ".join(str(a) for a in args))
+    elif literals:
+        parts.append(" / ".join(literals))
+    return ", ".join(parts)
+
+
+def _attribute_docs(model: type[BaseModel]) -> dict[str, str]:
+    """``name: text`` entries of a class docstring's ``Attributes:`` block, joined to one line."""
+    doc = (model.__doc__ or "").splitlines()
+    out: dict[str, str] = {}
+    current = None
+    inside = False
+    for line in doc:
+        stripped = line.strip()
+        if stripped == "Attributes:":
+            inside = True
+            continue
+        if not inside:
+            continue
+        if not stripped:
+            current = None
+            continue
+        head, sep, rest = stripped.partition(": ")
+        if sep and head.replace("_", "").isalnum() and head in model.model_fields:
+            current = head
+            out[current] = rest
+        elif current:
+            out[current] += " " + stripped
+    return out
+
+
+def reference_markdown() -> str:
+    """The recipe reference (every key, its default and range) as a Markdown table."""
+    rows = ["| key | default | accepted | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        docs = _attribute_docs(model)
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            nested = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+            if nested:
+                if not field.is_required() and field.get_default() is None:
+                    rows.append(f"| `{prefix}{name}` | absent | a section | {field.description or ''} |")
+                walk(nested[0], f"{prefix}{name}.")
+                continue
+            default = "required" if field.is_required() else field.get_default(call_default_factory=True)
+            shown = "required" if default == "required" else f"`{json_value(default)}`"
+            meaning = (field.description or docs.get(name, "")).replace("|", "/").replace("``", "`")
+            rows.append(f"| `{prefix}{name}` | {shown} | {_range(field)} | {meaning} |")
+
+    walk(Recipe, "")
+    return "\n".join(rows) + "\n"
+
+
+def json_value(value: Any) -> str:
+    import json
+
+    return json.dumps(value)

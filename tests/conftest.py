@@ -55,3 +55,16 @@ def fashion_root() -> Path:
     if not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     return FASHION_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _library_logs_reach_caplog():
+    """The CLI stops the ``gmcli`` logger from propagating (rich prints it); undo that
+    after each test so pytest's caplog sees the library's records in later tests."""
+    import logging
+
+    yield
+    logger = logging.getLogger("gmcli")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

@@ -1,0 +1,5 @@
+"""``python -m gmcli``: the same as the ``gmcli`` command."""
+
+from gmcli.cli.app import cli
+
+cli()
