@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gmcli.attacks.config import AttackConfig
 from gmcli.detectors.config import DetectConfig
 from gmcli.errors import GmcliError
+from gmcli.reports.config import ReportConfig
 from gmcli.losses.gm import COVARIANCES, LKD_VARIANTS
 from gmcli.losses.schedules import SCHEDULES
 
@@ -135,6 +136,7 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     attack: AttackConfig | None = Field(None, description="defaults of gmcli attack (and a stage of gmcli run)")
     detect: DetectConfig | None = Field(None, description="defaults of gmcli detect (and a stage of gmcli run)")
+    report: ReportConfig | None = Field(None, description="defaults of gmcli report (gmcli run reports by default)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:

@@ -55,6 +55,8 @@ STATE_VERSION = 1
 RUN_OUTPUTS = (runs.CHECKPOINT, runs.LAST, runs.STATE, runs.METRICS, runs.TRAIN_RESULT, runs.RECIPE)
 RUN_FOLDERS = ("attacks", "detect", "report")
 CALIB_FEATURES = 5000
+# Recipe keys that do not change a training (a resume may differ in them).
+LATER_SECTIONS = ("run_dir", "attack", "detect", "report")
 
 
 @dataclass
@@ -115,7 +117,7 @@ def _recipe_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
         for k in sorted(set(a) | set(b)):
-            if k == "run_dir":
+            if not prefix and k in LATER_SECTIONS:
                 continue
             out += _recipe_diff(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
