@@ -245,3 +245,22 @@ def test_constant_schedule_and_errors() -> None:
     assert CoefficientSchedule(0.5, 0.2).at(7, 7000) == (0.5, 0.2)
     with pytest.raises(GmcliError, match="schedule 'linear'"):
         CoefficientSchedule(0.5, 0.2, kind="linear")
+
+
+@pytest.mark.parametrize("covariance", ["identity", "diagonal"])
+def test_chunked_distances_equal_one_block(covariance: str) -> None:
+    """Without autograd, distances are taken in chunks of rows; the values must not change."""
+    from gmcli.losses import gm
+
+    torch.manual_seed(0)
+    head = GMHead(64, 10, covariance=covariance)
+    rows = gm.CHUNK_ELEMENTS // (10 * 64)
+    x = torch.randn(3 * rows + 7, 64)
+    with torch.no_grad():
+        chunked = head.distances(x)
+    block = head._distances(x).detach()
+    assert torch.equal(chunked, block)
+    diff = (x.double().unsqueeze(1) - head.mu.detach().double().unsqueeze(0)).pow(2)
+    if head.log_var is not None:
+        diff = diff / head.clamped_log_var().detach().double().exp().unsqueeze(0)
+    np.testing.assert_allclose(chunked.numpy(), 0.5 * diff.sum(-1).numpy(), rtol=1e-5, atol=1e-3)

@@ -284,7 +284,7 @@ def test_a_run_without_attack_or_detection_is_reported_with_what_is_missing(tmp_
     assert res.exit_code == 0, res.output
     shown = json.loads(res.stdout)
     stages = {m["stage"]: m["command"] for m in shown["missing"]}
-    assert stages == {"attack": f"gmcli attack {run} --method pgd --eps 0.1,0.2",
+    assert stages == {"attack": f"gmcli attack {run}",
                       "detect": f"gmcli detect {run} --threshold auto"}
     assert res.stderr.count("missing:") == 2 and "gmcli attack" in res.stderr
     page = (out / "report.html").read_text()

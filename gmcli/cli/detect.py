@@ -126,7 +126,7 @@ def detect(
         None, "--on-error", help="Unreadable image files: skip (default) or fail."),
     fail_under: list[str] = typer.Option(
         [], "--fail-under", help="METRIC=VALUE (repeatable): exit 1 when a figure is lower."),
-    device: str = typer.Option("cpu", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
 ) -> None:
     """Score inputs with a run's checkpoint, flag the abnormal ones, and measure.

@@ -34,7 +34,7 @@ def info(
     rows = [
         ("name", meta.get("name", "")),
         ("head", head),
-        ("backbone", f"{meta['backbone']['name']}, D = {meta['feat_dim']}, {n_params:,} tensors' values"),
+        ("backbone", f"{meta['backbone']['name']}, D = {meta['feat_dim']}, {n_params:,} parameters and buffers"),
         ("data", f"{meta['dataset']['name']}, input {shape}, {meta['num_classes']} classes"),
         ("classes", ", ".join(meta.get("class_names", []))),
         ("normalisation", f"mean {meta['mean']}, std {meta['std']}"),

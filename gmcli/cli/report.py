@@ -13,7 +13,7 @@ from gmcli.cli.common import console, handle_errors, print_json
 def show_result(result: Any) -> None:
     """What is missing (with the commands that make it), warnings, and the files written."""
     for m in result.missing:
-        command = f" [dim]make it with:[/] [bold]{m['command']}[/]" if m.get("command") else ""
+        command = f"; make it with [bold]{m['command']}[/]" if m.get("command") else ""
         console.print(f"[yellow]missing:[/] {m['message']}{command}", highlight=False, soft_wrap=True)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
@@ -41,7 +41,7 @@ def report(
         None, "--max-points", help="Most inputs in the feature space (default 2000)."),
     title: str | None = typer.Option(None, "--title", help="Page title."),
     device: str = typer.Option(
-        "cpu", "--device", help="Where the model runs for the feature space: auto, cpu, cuda."),
+        "auto", "--device", help="Where the model runs for the feature space: auto, cpu, cuda."),
     json_out: bool = typer.Option(
         False, "--json", help="Print the files, missing parts and warnings as JSON."),
 ) -> None:

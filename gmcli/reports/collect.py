@@ -55,7 +55,7 @@ from gmcli.runs import resolve_run
 log = logging.getLogger(__name__)
 
 # Suggested commands in "what is missing" messages.
-ATTACK_COMMAND = "gmcli attack {run} --method pgd --eps 0.1,0.2"
+ATTACK_COMMAND = "gmcli attack {run}"
 DETECT_COMMAND = "gmcli detect {run} --threshold auto"
 
 
@@ -222,9 +222,9 @@ def _detection(run_dir: Path, fingerprint: str, attacks: list[dict[str, Any]], m
     path = folder / DETECT_METRICS
     command = DETECT_COMMAND.format(run=run_dir)
     if not path.is_file():
-        what = "detect" if attacks else "attack first, then detect"
+        what = "" if attacks else ", and no adversarial set to judge yet (attack it first)"
         missing.append(_missing(
-            "detect", f"{run_dir} has no detection results ({DETECT_DIR}/{DETECT_METRICS}): {what}",
+            "detect", f"{run_dir} has no detection results ({DETECT_DIR}/{DETECT_METRICS}){what}",
             command,
         ))
         return None
@@ -339,7 +339,7 @@ def collect_run(run: str | os.PathLike | None) -> dict[str, Any]:
     }
     # Listed in the result (the CLI shows them once); logged for library callers.
     for m in missing:
-        log.info("%s", m["message"] + (f" (make it with: {m['command']})" if m["command"] else ""))
+        log.info("%s", m["message"] + (f"; make it with: {m['command']}" if m["command"] else ""))
     for w in warnings:
         log.info("%s", w)
     return _jsonable(out)
