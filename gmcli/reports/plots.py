@@ -358,8 +358,7 @@ def roc_plot(runs: list[dict[str, Any]], tables: dict[str, ScoreTable], key: str
     if not rows:
         return None
     notes: list[str] = []
-    n_lines = max(len(plotted_scores(r, wanted)) for r in rows) + 1
-    fig, axes = _grid(len(rows), len(columns), width=3.8, height=3.7 + 0.17 * n_lines)
+    fig, axes = _grid(len(rows), len(columns), width=6.4, height=3.7)
     for row_axes, run in zip(axes, rows):
         table = tables[run["run_dir"]]
         det = run["detection"]
@@ -395,7 +394,7 @@ def roc_plot(runs: list[dict[str, Any]], tables: dict[str, ScoreTable], key: str
                    ylabel="true positive rate (abnormal flagged)")
             ax.set_aspect("equal")
             if drawn:
-                ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=1)
+                ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, ncol=1)
             else:
                 why = ("no successful adversarial example\nof a correctly classified input"
                        if col.kind == "adversarial" else "no scores stored for this source")
