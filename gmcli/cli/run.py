@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from gmcli.cli.common import console, fail, handle_errors, print_json
-from gmcli.cli.train import ProgressObserver
+from gmcli.cli.train import ProgressObserver, step_progress
 from gmcli.pipeline import PipelineObserver, StageResult
 
 
@@ -96,16 +96,7 @@ def run(
 
     chosen = [s.strip() for s in stages.split(",") if s.strip()] if stages is not None else None
     plan = load_plan(recipe, set_, smoke=smoke, run_dir=run_dir, stages=chosen)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=quiet,
-    )
+    progress = step_progress(quiet)
     observer = RichPipelineObserver(progress)
     with progress:
         result = run_pipeline(plan, force=force, device=device, observer=observer)

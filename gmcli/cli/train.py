@@ -41,6 +41,20 @@ class ProgressObserver(TrainObserver):
         )
 
 
+def step_progress(quiet: bool) -> Progress:
+    """The progress bar of training steps (train and run share it), on stderr."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet,
+    )
+
+
 @handle_errors
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file (or, with --resume, a run directory)."),
@@ -61,16 +75,7 @@ def train(
         run_dir = run_dir or recipe
         recipe = recipe / RECIPE
     spec = load_recipe(recipe, set_)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=quiet,
-    )
+    progress = step_progress(quiet)
     observer = ProgressObserver(progress)
     with progress:
         result = Trainer(
